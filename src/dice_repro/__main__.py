@@ -1,0 +1,3 @@
+from dice_repro.cli import main
+
+raise SystemExit(main())
