@@ -65,6 +65,22 @@ def _over_leading(fn: Callable, n_lead: int, shared: tuple[bool, ...]) -> Callab
     return fn
 
 
+def _live_rows(fn: Callable, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Apply a per-model linear map ``fn(theta_rows, v_rows, nodes)`` only where ``v[..., k, :]`` is non-zero.
+
+    A perturbation reaches one node per hop, so early in a cascade most rows are zero: skipping them
+    makes the cost one Hessian-vector product per *reached* node.
+    """
+    n, size = theta.shape
+    flat = v.reshape(-1, size)
+    nodes = torch.arange(n, device=theta.device).repeat(flat.shape[0] // n)
+    live = flat.ne(0).any(-1).nonzero().squeeze(-1)
+    out = torch.zeros_like(flat)
+    if live.numel():
+        out[live] = fn(theta[nodes[live]], flat[live], nodes[live])
+    return out.reshape(v.shape)
+
+
 @dataclass
 class Problem:
     """Everything fixed about one decentralized run: model, data, batch schedule, W(t), η."""
@@ -139,36 +155,35 @@ class Problem:
         return fn(theta, self.x_probe, self.y_probe)
 
     def probe_hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``∇²L(θ_k; z') v_k`` for every model (forward-over-reverse)."""
+        """``∇²L(θ_k; z') v_k``: ``theta[n, P]`` (factual), ``v[..., n, P]`` (forward-over-reverse)."""
 
         def one(p: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
             return jvp(lambda q: grad(self.fmodel.mean_loss)(q, self.x_probe, self.y_probe), (p,), (vec,))[1]
 
-        return _over_leading(one, theta.dim() - 1, (False, False))(theta, v)
+        return _live_rows(lambda rows, vec, nodes: vmap(one)(rows, vec), theta, v)
 
-    def batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
-        """``H_k^t v_k``: Hessian of node k's own batch loss at round t, for ``theta[..., n, P]``."""
-        x, y = self.batch(t)
-        w = self.ones()
+    def node_grads(self, theta_rows: torch.Tensor, nodes: torch.Tensor, t: int, weights: torch.Tensor) -> torch.Tensor:
+        """Weighted batch gradients of single models ``theta_rows[M, P]`` on the round-t batches of ``nodes[M]``.
+
+        With ``weights`` = the indicator of removed samples this is ``(1/B) Σ_{i∈S} ∇ℓ(θ; z_i)`` for
+        every unit at once: per-sample (and per-subset) gradients without a Python loop.
+        """
+        idx = self.schedule[t][nodes]
+        return self._node_grad(theta_rows, self.x_train[idx], self.y_train[idx], weights)[0]
+
+    def node_hvp(self, theta_rows: torch.Tensor, v: torch.Tensor, nodes: torch.Tensor, t: int) -> torch.Tensor:
+        """``H v`` for single models ``theta_rows[M, P]``, H = Hessian of node ``nodes[m]``'s round-t batch loss."""
+        idx = self.schedule[t][nodes]
+        w = torch.ones(idx.shape, dtype=theta_rows.dtype, device=theta_rows.device)
 
         def one(p: torch.Tensor, vec: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
             return jvp(lambda q: grad(self.fmodel.loss)(q, xb, yb, wb), (p,), (vec,))[1]
 
-        fn = _over_leading(vmap(one), theta.dim() - 2, (False, False, True, True, True))
-        return fn(theta, v, x, y, w)
+        return vmap(one)(theta_rows, v, self.x_train[idx], self.y_train[idx], w)
 
-    def sample_grads(self, theta_k: torch.Tensor, t: int, k: int) -> torch.Tensor:
-        """Per-sample gradients ``∇ℓ(θ_k; z_i)/B`` of node k's batch at round t: ``[B, P]``.
-
-        Scaled by 1/B so that they sum to the batch gradient (removal keeps the batch's normalisation).
-        """
-        x, y = self.batch(t)
-        b = x.shape[1]
-
-        def one(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-            return grad(self.fmodel.mean_loss)(theta_k, xi.unsqueeze(0), yi.unsqueeze(0)) / b
-
-        return vmap(one)(x[k], y[k])
+    def batch_hvp(self, theta: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
+        """``H_k^t v_k`` for every node k and every replay: ``theta[n, P]`` (factual), ``v[..., n, P]``."""
+        return _live_rows(lambda rows, vec, nodes: self.node_hvp(rows, vec, nodes, t), theta, v)
 
     def accuracy(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Accuracy of every node's model on ``(x, y)``: ``[n]``."""

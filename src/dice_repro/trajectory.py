@@ -6,8 +6,6 @@ schedule, the mixing matrices, the initial parameters and every node's state at 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,23 +14,10 @@ import numpy as np
 import torch
 
 from dice_repro import data
+from dice_repro.outputs import atomic_save
 from dice_repro.engine import FlatModel, Problem, TrainResult, auto_device, init_params, train
 from dice_repro.settings import RunSettings
 from dice_repro.topology import Topology, make_topology
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: never a half-written file under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def dtype_of(settings: RunSettings) -> torch.dtype:

@@ -1,0 +1,1 @@
+"""Influence of training units: counterfactual ground truth (DICE-GT) and first-order estimates (DICE-E)."""
