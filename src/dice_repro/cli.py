@@ -116,14 +116,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from dice_repro.compare import run_compare
 
     run_compare(args.inputs, args.out_dir, wandb_dir=args.wandb_dir, wandb_mode=args.wandb_mode,
-                experiment=args.experiment)
+                experiment=args.experiment, bootstrap=args.bootstrap, max_points=args.max_points)
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from dice_repro.plots import make_figures
 
-    make_figures(args.tables_dir, args.out_dir, wandb_dir=args.wandb_dir, wandb_mode=args.wandb_mode)
+    plan = json.loads(args.plan) if args.plan else None
+    make_figures(args.tables_dir, args.out_dir, wandb_dir=args.wandb_dir, wandb_mode=args.wandb_mode, plan=plan)
     return 0
 
 
@@ -161,13 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="join ground truth and estimates into the result tables")
     p.add_argument("--inputs", nargs="+", required=True, help="groundtruth.csv and estimates.csv files of the runs")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--experiment", default=None)
+    p.add_argument("--experiment", default=None, help="only the runs of this experiment (default: all inputs)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per confidence interval")
+    p.add_argument("--max-points", type=int, default=300, help="per-unit pairs kept per scatter panel in points.csv")
     _tracking_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("figures", help="draw every figure from the comparison tables")
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--plan", default=None,
+                   help='JSON {"figure kind": [experiments]} (default: every figure the tables support)')
     _tracking_args(p)
     p.set_defaults(func=cmd_figures)
     return parser

@@ -18,6 +18,18 @@ from dice_repro.influence.units import Unit, by_round, chunk_size, field_frame, 
 from dice_repro.trajectory import Run
 
 
+def _replay_step(problem: Problem, state: torch.Tensor, s: int) -> torch.Tensor:
+    """One round for the factual row 0 and every replay; only (replay, node) rows that differ from the
+    factual row get their own gradient, the rest reuse the factual one (the perturbation spreads one
+    hop per round, so early rounds touch few rows)."""
+    g0, _ = problem.grads(state[0], s)
+    u_idx, k_idx = (state[1:] != state[0]).any(-1).nonzero(as_tuple=True)
+    g = g0.expand_as(state).clone()
+    if len(u_idx):
+        g[1 + u_idx, k_idx] = problem.node_grads(state[1 + u_idx, k_idx], k_idx, s, problem.ones()[k_idx])
+    return problem.gossip(state - problem.lr * g, s)
+
+
 def replay(
     problem: Problem, theta_t: torch.Tensor, units: list[Unit], horizon: int, to_end: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -48,7 +60,7 @@ def replay(
                 window.append((loss[0] - loss[1:]).cpu().numpy())
             if s == stop:
                 break
-            _, state, _ = problem.step(state, s)
+            state = _replay_step(problem, state, s)
         final = None
         if to_end:
             loss = problem.probe_loss(state)
