@@ -11,12 +11,12 @@ from pathlib import Path
 from dice_repro.settings import RunSettings, SettingsError
 
 
-def _settings(args: argparse.Namespace) -> RunSettings:
+def load_settings(args: argparse.Namespace) -> RunSettings:
     raw = json.loads(Path(args.settings[1:]).read_text()) if args.settings.startswith("@") else json.loads(args.settings)
     return RunSettings.from_dict(raw)
 
 
-def _tracking_args(p: argparse.ArgumentParser) -> None:
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-mode", default=None, help="offline (default), online or disabled; WANDB_MODE wins")
     p.add_argument("--wandb-dir", default="results/wandb", help="where offline W&B runs are written")
     p.add_argument("--run-id", default=None, help="name of this run (default: derived from the output path)")
@@ -26,7 +26,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory", required=True, help="trajectory.pt written by `train`")
     p.add_argument("--data", default=None, help="prepared data set file (default: load from settings)")
     p.add_argument("--out", required=True, help="output CSV table")
-    _tracking_args(p)
+    add_tracking_args(p)
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from dice_repro import data
     from dice_repro.outputs import sidecar
 
-    s = _settings(args)
+    s = load_settings(args)
     ds = data.load_dataset(s.dataset, s.data_dir, s.download, s.image_size)
     data.save_dataset(ds, args.out)
     info = {"dataset": s.dataset, "train": len(ds.y_train), "test": len(ds.y_test), "input_shape": list(ds.input_shape),
@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dice_repro.tracking import tracked_run
     from dice_repro.trajectory import build_run, get_dataset, save_trajectory, train_run
 
-    s = _settings(args)
+    s = load_settings(args)
     name = args.run_id or Path(args.out).parent.name
     run = build_run(s, get_dataset(s, args.data))
     with tracked_run("train", s.to_dict(), s.experiment, f"train/{name}", args.wandb_dir, args.wandb_mode) as tracker:
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--settings", required=True, help="run settings as JSON, or @file.json")
         p.add_argument("--data", default=None, help="prepared data set file")
         p.add_argument("--out", required=True)
-        _tracking_args(p)
+        add_tracking_args(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("groundtruth", help="counterfactual replays: the influence field G[unit, tau, node]")
@@ -159,13 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.set_defaults(func=lambda a: _field_command(a, "estimate"))
 
+    from dice_repro.apps.commands import register
+
+    register(sub)  # anomaly, collaborators, contribution
+
     p = sub.add_parser("compare", help="join ground truth and estimates into the result tables")
     p.add_argument("--inputs", nargs="+", required=True, help="groundtruth.csv and estimates.csv files of the runs")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--experiment", default=None, help="only the runs of this experiment (default: all inputs)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per confidence interval")
     p.add_argument("--max-points", type=int, default=300, help="per-unit pairs kept per scatter panel in points.csv")
-    _tracking_args(p)
+    add_tracking_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("figures", help="draw every figure from the comparison tables")
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--plan", default=None,
                    help='JSON {"figure kind": [experiments]} (default: every figure the tables support)')
-    _tracking_args(p)
+    add_tracking_args(p)
     p.set_defaults(func=cmd_figures)
     return parser
 

@@ -65,6 +65,19 @@ def _over_leading(fn: Callable, n_lead: int, shared: tuple[bool, ...]) -> Callab
     return fn
 
 
+def _batched(fn: Callable, module: nn.Module, device: torch.device) -> Callable:
+    """``fn`` mapped over a leading model axis: ``vmap``, or a plain loop for convolutions on the CPU,
+    where vmap's grouped convolutions measured 2× slower than one call per model (benchmarks/engine.py)."""
+    if device.type == "cuda" or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return vmap(fn)
+
+    def looped(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = [fn(*(a[i] for a in args)) for i in range(args[0].shape[0])]
+        return tuple(torch.stack(o) for o in zip(*outs))
+
+    return looped
+
+
 def _live_rows(fn: Callable, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Apply a per-model linear map ``fn(theta_rows, v_rows, nodes)`` only where ``v[..., k, :]`` is non-zero.
 
@@ -96,7 +109,7 @@ class Problem:
     _node_grad: Callable = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._node_grad = vmap(grad_and_value(self.fmodel.loss))
+        self._node_grad = _batched(grad_and_value(self.fmodel.loss), self.fmodel.module, self.x_train.device)
         self.schedule = self.schedule.to(self.x_train.device)
         self.mixing = self.mixing.to(device=self.x_train.device, dtype=self.x_train.dtype)
 
@@ -127,12 +140,12 @@ class Problem:
 
     def grads(self, theta: torch.Tensor, t: int, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch gradients and losses of every node at round ``t`` for ``theta[..., n, P]``."""
-        x, y = self.batch(t)
-        weights = self.ones() if weights is None else weights
-        n_lead = theta.dim() - 2
-        fn = _over_leading(self._node_grad, n_lead, (False, True, True, weights.dim() == 2))
-        g, loss = fn(theta, x, y, weights)
-        return g, loss
+        lead = theta.shape[:-2]
+        weights = (self.ones() if weights is None else weights).expand(*lead, *self.schedule.shape[1:])
+        idx = self.schedule[t].expand(*lead, *self.schedule.shape[1:]).reshape(-1, self.batch_size)
+        g, loss = self._node_grad(theta.reshape(-1, theta.shape[-1]), self.x_train[idx], self.y_train[idx],
+                                  weights.reshape(-1, self.batch_size))
+        return g.reshape(theta.shape), loss.reshape(theta.shape[:-1])
 
     def gossip(self, theta_half: torch.Tensor, t: int) -> torch.Tensor:
         """``θ^{t+1} = W^t θ^{t+½}`` for every node (and every replay) at once."""
@@ -141,7 +154,7 @@ class Problem:
     def step(self, theta: torch.Tensor, t: int, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One ATC round: returns ``(θ^{t+½}, θ^{t+1}, batch losses)``."""
         g, loss = self.grads(theta, t, weights)
-        half = theta - self.lr * g
+        half = torch.add(theta, g, alpha=-self.lr)
         return half, self.gossip(half, t), loss
 
     def probe_loss(self, theta: torch.Tensor) -> torch.Tensor:
@@ -193,6 +206,8 @@ class Problem:
 
 def check_finite(theta: torch.Tensor, loss: torch.Tensor, t: int) -> None:
     """Stop a diverged run, naming the first node whose loss (else parameters) went non-finite, and the round."""
+    if bool(torch.isfinite(loss).all()) and bool(torch.isfinite(theta.sum(-1)).all()):
+        return  # the cheap check; the loop below only runs to name the culprit
     for what, bad in (("loss", ~torch.isfinite(loss)), ("parameter vector", ~torch.isfinite(theta).all(dim=-1))):
         bad = bad.reshape(-1, bad.shape[-1]).any(0)
         if bool(bad.any()):
