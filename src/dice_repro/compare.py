@@ -82,11 +82,11 @@ def _group_labels(settings: pd.DataFrame) -> pd.Series:
 def unit_pairs(field: pd.DataFrame) -> pd.DataFrame:
     """Per unit and comparison: the estimate (``estimate``) next to the ground truth (``groundtruth``)."""
     window = field[field["final"] == 0]
-    reach = window.groupby("estimator")["tau"].max()
+    reach = window.groupby(["run", "estimator"])["tau"].max().rename("reach").reset_index()
     parts = []
-    for r in range(1, int(reach.get(GROUNDTRUTH, 0)) + 1):
-        agg = dice_r(field, r)
-        parts.append(agg[agg["estimator"].map(reach) >= r].assign(horizon_kind="window", hop="all"))
+    for r in range(1, int(reach["reach"].max()) + 1):
+        agg = dice_r(field, r).merge(reach, on=["run", "estimator"])
+        parts.append(agg[agg["reach"] >= r].drop(columns="reach").assign(horizon_kind="window", hop="all"))
     parts.append(per_hop(field).assign(horizon_kind="window", r=pd.NA, hop=lambda d: d["hop"].astype(str)))
     if (field["final"] == 1).any():
         parts.append(end_of_training(field).assign(horizon_kind="end", r=pd.NA, hop="all"))
@@ -189,7 +189,7 @@ def run_compare(
     name = experiment or "all"
     with tracked_run("compare", config, name, f"compare/{name}", wandb_dir, wandb_mode) as tracker:
         for key, table in tables.items():
-            tracker.table(key, table)
+            tracker.table(key, table.astype(object).where(table.notna(), None))  # W&B tables reject pd.NA
         tracker.summary({f"{key}_rows": len(table) for key, table in tables.items()})
     print(json.dumps({key: len(table) for key, table in tables.items()}), "rows ->", out)
     return paths

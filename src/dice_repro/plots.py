@@ -24,6 +24,8 @@ OFF_SCALE = ("printed_sign", "cosine", "proximal", "own_term")
 #: The multi-hop estimate shown next to the ground truth on the cascade figures, first present wins.
 CASCADE_ESTIMATE = ("propagation", "second_order", "path_sum", "no_curvature", "one_hop")
 PANEL = 3.2  # inches per panel side
+RHO_FLOOR = 1e-4  # 1 − ρ below this is drawn at this level (ρ ≥ 0.9999)
+LOG_DECADES = 3  # cascade nodes: sizes span this many decades of |influence|
 
 
 class NoData(LookupError):
@@ -79,13 +81,13 @@ def _grid(n: int, ncols: int, width: float = PANEL, height: float = PANEL) -> tu
 
 def _estimators(names: pd.Series) -> list[str]:
     """Estimator names in a stable order: one-hop first, the rest alphabetically."""
-    present = sorted(set(names))
-    return sorted(present, key=lambda e: (e != "one_hop", e))
+    return sorted(set(names), key=lambda e: (e != "one_hop", e))
 
 
 def _stats_text(row: pd.Series) -> str:
+    """The agreement numbers of one alignment row, as printed on a scatter panel."""
     return (f"Pearson {row['pearson']:.3f}\nSpearman {row['spearman']:.3f} "
-            f"[{row['spearman_ci_low']:.2f}, {row['spearman_ci_high']:.2f}]\n"
+            f"[{row['spearman_ci_low']:.3f}, {row['spearman_ci_high']:.3f}]\n"
             f"sign agreement {row['sign_agreement']:.0%}\nn = {int(row['n_units'])}")
 
 
@@ -95,8 +97,9 @@ def plot_alignment(t: Tables, experiments: list[str]) -> Figure:
     stats = _select(t.alignment, experiments, "one-hop alignment", estimator="one_hop", horizon_kind="window",
                     r=1, hop="all").set_index(["experiment", "group"])
     panels = pts[["experiment", "group", "model", "topology"]].drop_duplicates()
+    named = ~panels.duplicated(["experiment", "model", "topology"], keep=False)  # else the group label says it
     fig, axes = _grid(len(panels), int(panels.groupby("experiment")["topology"].nunique().max()))
-    for ax, (_, p) in zip(axes, panels.iterrows()):
+    for ax, (i, p) in zip(axes, panels.iterrows()):
         rows = pts[(pts["experiment"] == p["experiment"]) & (pts["group"] == p["group"])]
         for seed, by_seed in rows.groupby("seed"):
             ax.scatter(by_seed["estimate"], by_seed[GROUNDTRUTH], s=14, alpha=0.75, label=f"seed {seed}")
@@ -107,8 +110,8 @@ def plot_alignment(t: Tables, experiments: list[str]) -> Figure:
         ax.ticklabel_format(style="sci", scilimits=(-2, 2))
         ax.text(0.03, 0.97, _stats_text(stats.loc[(p["experiment"], p["group"])]), transform=ax.transAxes,
                 va="top", fontsize=7, bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85})
-        ax.set_title(f"{p['model']} · {p['topology']}" + (f" ({p['experiment']})" if len(experiments) > 1 else ""),
-                     fontsize=9)
+        title = f"{p['model']} · {p['topology']}" if named[i] else p["group"]
+        ax.set_title(title + (f" ({p['experiment']})" if len(experiments) > 1 else ""), fontsize=9)
         ax.set_xlabel("one-hop DICE-E")
         ax.set_ylabel("one-hop DICE-GT")
         ax.legend(fontsize=6, loc="lower right")
@@ -120,10 +123,10 @@ def plot_validity_map(t: Tables, experiments: list[str]) -> Figure:
     import seaborn as sns
 
     rows = _select(t.alignment, experiments, "r = 1 alignment", horizon_kind="window", r=1, hop="all")
-    base_nodes = rows["nodes"].mode().iloc[0]
-    heat = rows[rows["nodes"] == base_nodes]
+    base_nodes, base_samples = rows["nodes"].mode().iloc[0], rows["samples_per_node"].mode().iloc[0]
+    heat = rows[(rows["nodes"] == base_nodes) & (rows["samples_per_node"] == base_samples)]
     facets = heat[["init", "unit_rounds"]].drop_duplicates().sort_values(["init", "unit_rounds"]).values.tolist()
-    axes_keys = ["experiment", "estimator", "batch_size", "lr", "init", "unit_rounds"]
+    axes_keys = ["experiment", "estimator", "batch_size", "lr", "init", "unit_rounds", "samples_per_node"]
     by_nodes = rows.groupby(axes_keys).filter(lambda g: g["nodes"].nunique() > 1)
     estimators = _estimators(rows["estimator"])
     lines = [(e, est) for e in experiments for est in estimators if ((heat["experiment"] == e) & (heat["estimator"] == est)).any()]
@@ -139,22 +142,27 @@ def plot_validity_map(t: Tables, experiments: list[str]) -> Figure:
             if grid.empty:
                 ax.set_visible(False)
                 continue
-            sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, cmap="RdYlGn", annot=True, fmt=".2f", cbar=False,
-                        annot_kws={"fontsize": 8}, linewidths=0.5)
+            sns.heatmap(grid, ax=ax, vmin=0, vmax=1, cmap="RdYlGn", annot=True, fmt=".3f", cbar=j == len(facets) - 1,
+                        cbar_kws={"label": "Spearman"}, annot_kws={"fontsize": 8}, linewidths=0.5)
             ax.set_title(f"{est}: init={init}, phase={phase}", fontsize=8)
             ax.set_xlabel("η (lr)")
             ax.set_ylabel("batch size")
         if not by_nodes.empty:
             ax = axes[i, -1]
-            sub = by_nodes[(by_nodes["experiment"] == experiment) & (by_nodes["estimator"] == est)].sort_values("nodes")
-            ax.errorbar(sub["nodes"], sub["spearman"], yerr=[sub["spearman"] - sub["spearman_ci_low"],
-                        sub["spearman_ci_high"] - sub["spearman"]], marker="o", capsize=3)
-            ax.set_ylim(-1.05, 1.05)
+            sub = by_nodes[(by_nodes["experiment"] == experiment) & (by_nodes["estimator"] == est)]
+            if sub.empty:
+                ax.set_visible(False)
+                continue
+            for (bs, lr, init, phase, samples), line in sub.groupby(axes_keys[2:]):
+                line = line.sort_values("nodes")
+                _rho_points(ax, line["nodes"], line, label=f"B={bs}, η={lr}, {samples} samples/node, {init}, {phase}")
+            _rho_axis(ax)
             ax.set_xticks(sorted(sub["nodes"].unique()))
             ax.set_title(f"{est}: node count", fontsize=8)
             ax.set_xlabel("nodes")
-            ax.set_ylabel("Spearman")
-    fig.suptitle(f"Validity map of one-step DICE-E ({base_nodes} nodes; Spearman with DICE-GT)", fontsize=10)
+            ax.legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"Where DICE-E$^{{(1)}}$ holds: Spearman with DICE-GT$^{{(1)}}$ ({base_nodes} nodes × {base_samples} samples)",
+                 fontsize=10)
     return fig
 
 
@@ -170,8 +178,21 @@ def _dominant_source(rows: pd.DataFrame, top) -> int:
     return int(max(sources, key=lambda j: (weight[j], -j)))
 
 
+def _log_magnitude(values: np.ndarray) -> np.ndarray:
+    """Signed log-magnitude over ``LOG_DECADES`` decades below the largest |value| (0 below that, or where 0)."""
+    peak = np.abs(values).max()
+    if peak == 0:
+        return values
+    decades = np.log10(np.maximum(np.abs(values), peak * 10.0 ** -LOG_DECADES) / peak) + LOG_DECADES
+    return np.sign(values) * decades
+
+
 def plot_cascade_graph(t: Tables, experiments: list[str]) -> Figure:
-    """E4 like the paper's Fig. 1: one batch's influence at every node on the drawn graph (size = |mean influence|)."""
+    """E4 like the paper's Fig. 1: one batch's influence at every node on the drawn graph.
+
+    Node size grows with log |mean influence| over ``LOG_DECADES`` decades (a cascade spans several);
+    colour is its sign (blue: the batch lowered that node's probe loss).
+    """
     from dice_repro.topology import draw, make_topology
 
     rows = _select(t.cascade, experiments, "node-level cascade", level="node")
@@ -186,7 +207,7 @@ def plot_cascade_graph(t: Tables, experiments: list[str]) -> Figure:
             cell = mine[(mine["source"] == source) & (mine["estimator"] == est)]
             values = np.zeros(top.n)
             values[cell["node"].astype(int)] = cell["value"]
-            draw(top, None, node_values=values, ax=ax)
+            draw(top, None, node_values=_log_magnitude(values), ax=ax)
             name = "DICE-GT" if est == GROUNDTRUTH else f"DICE-E ({est})"
             ax.set_title(f"{g['topology']}: {name}, batch of node {source}\n"
                          f"reached nodes up to hop {int(cell['hop'].max())}", fontsize=8)
@@ -217,16 +238,32 @@ def plot_cascade_hops(t: Tables, experiments: list[str]) -> Figure:
     return fig
 
 
-def _spearman_lines(ax, rows: pd.DataFrame, x: str) -> None:
-    """Spearman against ``x`` with bootstrap-interval bars, one line per estimator."""
-    for est in _estimators(rows["estimator"]):
+def _rho_axis(ax) -> None:
+    """A Spearman axis that resolves near-perfect agreement: log scale of 1 − ρ, labelled in ρ, best at the top."""
+    ax.set_yscale("log")
+    ax.set_ylim(2.6, RHO_FLOOR / 2)
+    ticks = [RHO_FLOOR, 1e-3, 1e-2, 1e-1, 1.0, 2.0]
+    ax.set_yticks(ticks, [f"{1 - t:g}".replace("-", "−") for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylabel("Spearman ρ with DICE-GT\n(log scale of 1 − ρ)")
+
+
+def _rho_points(ax, x, rows: pd.DataFrame, **kwargs) -> None:
+    """Spearman of ``rows`` at positions ``x`` on a ``_rho_axis``, with their bootstrap intervals."""
+    y = np.clip(1 - rows["spearman"].to_numpy(), RHO_FLOOR, None)
+    low = np.clip(1 - rows["spearman_ci_high"].to_numpy(), RHO_FLOOR, None)
+    high = np.clip(1 - rows["spearman_ci_low"].to_numpy(), RHO_FLOOR, None)
+    ax.errorbar(x, y, yerr=[y - low, high - y], marker="o", ms=4, capsize=3, **kwargs)
+
+
+def _rho_lines(ax, rows: pd.DataFrame, x: str) -> None:
+    """Spearman against ``x``, one line per estimator, slightly dodged so that equal values stay visible."""
+    estimators = _estimators(rows["estimator"])
+    for i, est in enumerate(estimators):
         sub = rows[rows["estimator"] == est].sort_values(x)
-        ax.errorbar(sub[x], sub["spearman"], yerr=[sub["spearman"] - sub["spearman_ci_low"],
-                    sub["spearman_ci_high"] - sub["spearman"]], marker="o", ms=4, capsize=3, label=est)
-    ax.set_ylim(-1.05, 1.05)
-    ax.axhline(0, color="0.6", lw=0.6)
+        _rho_points(ax, sub[x] + 0.06 * (i - (len(estimators) - 1) / 2), sub, label=est)
+    _rho_axis(ax)
     ax.set_xticks(sorted(rows[x].unique()))
-    ax.set_ylabel("Spearman with DICE-GT")
 
 
 def plot_rhop(t: Tables, experiments: list[str]) -> Figure:
@@ -237,14 +274,14 @@ def plot_rhop(t: Tables, experiments: list[str]) -> Figure:
     axes = fig.subplots(2, len(groups), squeeze=False)
     for j, (experiment, group) in enumerate(groups):
         mine = rows[(rows["experiment"] == experiment) & (rows["group"] == group)]
-        _spearman_lines(axes[0, j], mine[mine["hop"] == "all"], "r")
+        _rho_lines(axes[0, j], mine[mine["hop"] == "all"], "r")
         axes[0, j].set_xlabel("radius r")
         axes[0, j].set_title(f"{group}: DICE-E$^{{(r)}}$ vs DICE-GT$^{{(r)}}$", fontsize=8)
         per_hop = mine[mine["hop"] != "all"].assign(hop=lambda d: d["hop"].astype(int))
-        _spearman_lines(axes[1, j], per_hop, "hop")
+        _rho_lines(axes[1, j], per_hop, "hop")
         axes[1, j].set_xlabel("hop distance s")
         axes[1, j].set_title(f"{group}: influence arriving at hop s", fontsize=8)
-    axes[0, 0].legend(fontsize=6, loc="lower left")
+    axes[0, 0].legend(fontsize=6, loc="center left")
     return fig
 
 
@@ -255,20 +292,15 @@ def plot_ablations(t: Tables, experiments: list[str]) -> Figure:
     radii = sorted({1, int(rows["r"].max())})
     estimators = _estimators(rows["estimator"])
     variants = list(dict.fromkeys(rows["variant"]))
-    fig, axes = _grid(len(radii), 2, width=max(PANEL, 0.5 * len(variants) * len(estimators) + 1.5))
-    width = 0.8 / len(estimators)
+    fig, axes = _grid(len(radii), 2, width=max(PANEL, 0.6 * len(variants) + 1.5))
     for ax, r in zip(axes, radii):
         at_r = rows[rows["r"] == r]
         for i, est in enumerate(estimators):
-            sub = at_r[at_r["estimator"] == est].set_index("variant").reindex(variants)
-            x = np.arange(len(variants)) + (i - (len(estimators) - 1) / 2) * width
-            ax.bar(x, sub["spearman"], width, label=est,
-                   yerr=[sub["spearman"] - sub["spearman_ci_low"], sub["spearman_ci_high"] - sub["spearman"]],
-                   capsize=2)
+            sub = at_r[at_r["estimator"] == est]
+            x = sub["variant"].map({v: k for k, v in enumerate(variants)}) + 0.12 * (i - (len(estimators) - 1) / 2)
+            _rho_points(ax, x, sub, ls="none", label=est)
+        _rho_axis(ax)
         ax.set_xticks(np.arange(len(variants)), variants, rotation=30, ha="right")
-        ax.set_ylim(-1.05, 1.05)
-        ax.axhline(0, color="0.6", lw=0.6)
-        ax.set_ylabel("Spearman with DICE-GT")
         ax.set_title(f"ablations at r = {r}", fontsize=9)
         ax.legend(fontsize=6)
     return fig

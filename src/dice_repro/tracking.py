@@ -65,7 +65,9 @@ class Tracker:
         """Log a pandas frame as a W&B table (the first ``max_rows`` rows; the full table is in results/)."""
         import wandb
 
-        self._guard("log a table", lambda: self._run.log({name: wandb.Table(dataframe=frame.head(max_rows))}))
+        rows = frame.head(max_rows).astype(object)
+        rows = rows.where(rows.notna(), None)  # W&B rejects pandas' NA
+        self._guard("log a table", lambda: self._run.log({name: wandb.Table(dataframe=rows)}))
 
     def image(self, name: str, path: str | Path) -> None:
         import wandb
@@ -93,7 +95,7 @@ def tracked_run(
         _point_wandb_into(Path(directory).resolve())
         import wandb
 
-        run = wandb.init(project=project, group=group, job_type=job_type, name=name, config=config,
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT") or project, group=group, job_type=job_type, name=name, config=config,
                          mode=mode, dir=os.environ["WANDB_DIR"], reinit="create_new")
     except Exception as exc:
         warnings.warn(f"W&B tracking is off for this job ({exc}); results are still written to results/", stacklevel=3)

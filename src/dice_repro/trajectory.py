@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dice_repro import data
+from dice_repro.influence.units import make_units
 from dice_repro.outputs import atomic_save
 from dice_repro.engine import FlatModel, Problem, TrainResult, auto_device, init_params, train
 from dice_repro.settings import RunSettings
@@ -79,8 +80,9 @@ def build_run(settings: RunSettings, dataset: data.Dataset) -> Run:
 
 
 def train_run(run: Run, progress: bool | None = None, on_round=None) -> TrainResult:
-    """Train the factual trajectory, recording θ^t at every unit round."""
-    return train(run.problem, run.theta0, record=run.settings.unit_round_list(), progress=progress, on_round=on_round)
+    """Train the factual trajectory, recording θ^t at the rounds of the units drawn for attribution."""
+    rounds = sorted({u.round for u in make_units(run.settings)})
+    return train(run.problem, run.theta0, record=rounds, progress=progress, on_round=on_round)
 
 
 def test_accuracy(run: Run, theta: torch.Tensor, limit: int = 1000) -> torch.Tensor:
