@@ -20,7 +20,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from dice_repro.workflow_config import ConfigError, load_pipeline, read_ablations
+from dice_repro.workflow_config import APP_FIGURES, APP_TABLES, ConfigError, load_pipeline, option_flags, read_ablations
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -52,12 +52,14 @@ def planned_jobs(workdir: Path, *args: str) -> tuple[Counter, str]:
 
 
 def expected_jobs(workdir: Path, configfile: str, monkeypatch) -> Counter:
-    """Job counts per rule that the config asks for: three per run, one data file per dataset, one compare, one figures."""
+    """Job counts per rule that the config asks for: three per run, one data file per dataset, one compare, one figures,
+    one job per application and one app_figures if there are any."""
     monkeypatch.chdir(workdir)
     pipe = load_pipeline(yaml.safe_load((workdir / configfile).read_text()))
     n = len(pipe.runs)
+    apps = Counter(dict.fromkeys(pipe.applications, 1)) + Counter({"app_figures": 1 if pipe.applications else 0})
     return Counter({"prepare_data": len(pipe.datasets()), "train": n, "groundtruth": n, "estimate": n,
-                    "compare": 1, "figures": 1, "all": 1})
+                    "compare": 1, "figures": 1, "all": 1}) + apps
 
 
 @pytest.fixture
@@ -125,6 +127,14 @@ def bad(path: str, value):
      "['defaults']['unit_rounds']"),
     (bad("experiments/alignment/grid/seed", [1]), "'seed' is not one of ['dataset'", "['alignment']['grid']"),
     (bad("experiments", None), "'experiments' is a required property", "On instance"),
+    (bad("applications/anomaly/options/corruption", ["random_labels"]),
+     "'corruption' is not one of ['corruptions', 'batch_sizes', 'lrs', 'bootstrap']", "['applications']['anomaly']['options']"),
+    (bad("applications/contribution/options/keep", 2),
+     "'keep' is not one of ['bad_fraction', 'bad_kind', 'estimators', 'bootstrap']", "['contribution']['options']"),
+    (bad("applications/collaborators/options/bad_kind", "gaussian_noise"), "'gaussian_noise' does not match",
+     "['collaborators']['options']['bad_kind']"),
+    (bad("applications/outlier", {}), "'outlier' is not one of ['anomaly', 'collaborators', 'contribution']",
+     "['applications']"),
 ])
 def test_schema_rejects_bad_configs(cfg, message, where):
     with pytest.raises(WorkflowError) as err:
@@ -155,6 +165,31 @@ def test_bad_combinations_fail_with_the_run_named(workdir, monkeypatch):
     table.write_text("name\ttopolgy\nx\tring\n")
     with pytest.raises(ConfigError, match=r"row 1 \(x\).*unknown setting\(s\) 'topolgy'; allowed keys:"):
         load_pipeline(cfg)
+
+
+def test_applications_config():
+    pipe = load_pipeline(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    assert set(pipe.applications) == set(APP_TABLES) == set(APP_FIGURES)
+    anomaly = pipe.applications["anomaly"]
+    assert anomaly.settings.experiment == "apps_anomaly" and anomaly.settings.topology == "exponential"
+    assert anomaly.settings.dataset in pipe.datasets()
+    assert pipe.applications["collaborators"].seeds == [222, 223]
+    assert option_flags({"corruptions": ["label_permutation", "gaussian_noise:100"], "keep": 2, "lrs": [0.1],
+                         "bad_fraction": 0.25}) == \
+        "--corruptions label_permutation gaussian_noise:100 --keep 2 --lrs 0.1 --bad-fraction 0.25"
+    assert anomaly.flags().startswith(f"--bootstrap {pipe.bootstrap} --corruptions")  # compare.bootstrap by default
+    from dice_repro.apps.figures import FIGURES
+
+    assert {kind: FIGURES[kind][0][:-4] for kinds in APP_FIGURES.values() for kind in kinds} == \
+        {kind: FIGURES[kind][0][:-4] for kind in FIGURES}
+    assert all(FIGURES[kind][0][:-4] in APP_TABLES[app] for app, kinds in APP_FIGURES.items() for kind in kinds)
+    # settings are checked like a run's, the application named; no applications: no jobs, no figures
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["applications"]["anomaly"]["options"]["batch_sizes"] = [16, 500]
+    with pytest.raises(ConfigError, match=r"application 'anomaly', batch_sizes 500: batch_size=500 exceeds"):
+        load_pipeline(cfg)
+    del cfg["applications"]
+    assert load_pipeline(cfg).applications == {} and load_pipeline(cfg).app_figures() == []
 
 
 def test_ablation_cells(tmp_path):
@@ -270,12 +305,24 @@ def test_smoke_run_end_to_end(workdir):
 
     plan = load_pipeline(yaml.safe_load((workdir / "config" / "smoke.yaml").read_text()) |
                          {"ablations": {"table": str(workdir / "config" / "ablations.tsv")}})
-    for kind in plan.figures:
+    for kind in [*plan.figures, *plan.app_figures()]:
         for ext in ("png", "pdf"):
             assert (workdir / "figures" / f"{kind}.{ext}").stat().st_size > 0
 
+    # the application tables: every number finite, the expected rows
+    assert set(plan.applications) == {"anomaly", "collaborators", "contribution"}
+    for app in plan.applications:
+        for name in APP_TABLES[app]:
+            table = pd.read_csv(tables / f"{name}.csv")
+            assert len(table) > 0 and np.isfinite(table.select_dtypes("number").to_numpy(float)).all(), name
+    anomaly = pd.read_csv(tables / "anomaly.csv")
+    assert {"proximal", "update_norm"} <= set(anomaly["scorer"]) and anomaly["auc"].between(0, 1).all()
+    assert set(pd.read_csv(tables / "collaborators.csv")["policy"]) == {"all", "dice", "random"}
+    assert set(pd.read_csv(tables / "contribution.csv")["estimator"]) == {"one_hop", "propagation"}
+
     runs = list((workdir / "results" / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3 * len(plan.runs) + 2  # train, groundtruth, estimate per run; compare; figures
+    # train, groundtruth, estimate per run; compare; figures; one per application; app_figures
+    assert len(runs) == 3 * len(plan.runs) + 2 + len(plan.applications) + 1
     assert not wandb_files(home), "W&B wrote into $HOME"
 
     again = snakemake(workdir, *smoke, "--cores", "2", env=env)
@@ -291,4 +338,6 @@ def test_smoke_run_end_to_end(workdir):
     (workdir / "results" / "runs" / some_run / "estimates.csv").unlink()
     shutil.rmtree(workdir / "results" / "tables")
     shutil.rmtree(workdir / "figures")
-    assert planned_jobs(workdir, *smoke)[0] == Counter({"estimate": 1, "compare": 1, "figures": 1, "all": 1})
+    assert planned_jobs(workdir, *smoke)[0] == Counter({"estimate": 1, "compare": 1, "figures": 1, "anomaly": 1,
+                                                        "collaborators": 1, "contribution": 1, "app_figures": 1,
+                                                        "all": 1})

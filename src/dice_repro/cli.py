@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dice_repro.apps.commands import register
 
-    register(sub)  # anomaly, collaborators, contribution
+    register(sub)  # anomaly, collaborators, contribution, app-figures
 
     p = sub.add_parser("compare", help="join ground truth and estimates into the result tables")
     p.add_argument("--inputs", nargs="+", required=True, help="groundtruth.csv and estimates.csv files of the runs")

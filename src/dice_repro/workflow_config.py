@@ -5,16 +5,20 @@ Used by the Snakefile at parse time and by the tests. Every run is validated her
 
 Run ids are filesystem safe and readable: ``<experiment>/<key>~<value>_…_seed~<seed>`` for grid
 runs, and ``ablation/<Paramspace instance>_seed~<seed>`` for rows of the ablation table.
+
+The optional ``applications`` block configures the ``anomaly``, ``collaborators`` and ``contribution``
+commands: one job each, its base run settings validated here as experiment ``apps_<name>``.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import yaml
@@ -33,10 +37,37 @@ DEFAULT_SEEDS = (222,)
 _SAFE = re.compile(r"^[A-Za-z0-9._+~=/-]+$")
 _DATA_KEYS = ("dataset", "data_dir", "download", "image_size")
 _FLOATS = {f.name for f in fields(RunSettings) if isinstance(f.default, float)}
+#: Application → the tables its command writes (``<results_dir>/tables/<name>.csv``).
+APP_TABLES = {"anomaly": ("anomaly", "anomaly_scores"), "collaborators": ("collaborators", "reciprocity"),
+              "contribution": ("contribution",)}
+#: Application → the figures ``app-figures`` draws from its tables (dice_repro.apps.figures.FIGURES).
+APP_FIGURES = {"anomaly": ("anomaly_bars", "anomaly_roc"), "collaborators": ("selection", "reciprocity"),
+               "contribution": ("contribution",)}
 
 
 class ConfigError(ValueError):
     """A bad pipeline config; the message says where (experiment, run or table row) and what is wrong."""
+
+
+class Application(NamedTuple):
+    """One configured application job: its base run settings, the seeds it repeats over, its command's options."""
+
+    settings: RunSettings
+    seeds: list[int]
+    options: dict[str, Any]
+
+    def flags(self) -> str:
+        """The options as the command's flags (``bad_fraction: 0.25`` → ``--bad-fraction 0.25``), shell-quoted."""
+        return option_flags(self.options)
+
+
+def option_flags(options: dict[str, Any]) -> str:
+    """Render ``{flag: value}`` as command-line flags: lists become several values, ``_`` becomes ``-``."""
+    parts: list[str] = []
+    for key, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        parts += [f"--{key.replace('_', '-')}", *(shlex.quote(str(v)) for v in values)]
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -51,11 +82,17 @@ class Pipeline:
     max_points: int
     runs: dict[str, RunSettings]
     figures: dict[str, list[str]]
+    applications: dict[str, Application] = field(default_factory=dict)
+
+    def app_figures(self) -> list[str]:
+        """The application figures to draw, in ``APP_FIGURES`` order (none without ``applications``)."""
+        return [kind for app, kinds in APP_FIGURES.items() if app in self.applications for kind in kinds]
 
     def datasets(self) -> dict[str, RunSettings]:
         """One settings object per dataset, for ``prepare-data`` (runs sharing a dataset must agree on how to load it)."""
         chosen: dict[str, tuple[str, RunSettings]] = {}
-        for run_id, s in self.runs.items():
+        apps = [(f"application {name}", app.settings) for name, app in self.applications.items()]
+        for run_id, s in [*self.runs.items(), *apps]:
             if s.dataset not in chosen:
                 chosen[s.dataset] = (run_id, s)
                 continue
@@ -179,6 +216,29 @@ def _figure_plan(config: dict[str, Any], ablation_runs: Iterable[RunSettings]) -
     return {kind: plan[kind] for kind in FIGURE_KINDS if kind in plan}
 
 
+def expand_applications(spec: dict[str, Any], defaults: dict[str, Any], bootstrap: int) -> dict[str, Application]:
+    """The application jobs: defaults ← each application's settings, as experiment ``apps_<name>``.
+
+    Options default to ``bootstrap`` resamples (``compare.bootstrap``); every batch size and learning rate
+    the anomaly job repeats over is validated too.
+    """
+    apps: dict[str, Application] = {}
+    for name in APP_TABLES:
+        if name not in spec:
+            continue
+        app = spec[name] or {}
+        seeds = list(app.get("seeds") or DEFAULT_SEEDS)
+        options = {"bootstrap": bootstrap, **(app.get("options") or {})}
+        base = {**defaults, **(app.get("settings") or {}), "experiment": f"apps_{name}", "seed": seeds[0]}
+        settings = _settings(f"application {name!r}", base)
+        for batch_size in options.get("batch_sizes") or ():
+            _settings(f"application {name!r}, batch_sizes {batch_size}", {**base, "batch_size": batch_size})
+        for lr in options.get("lrs") or ():
+            _settings(f"application {name!r}, lrs {lr}", {**base, "lr": float(lr)})
+        apps[name] = Application(settings, seeds, options)
+    return apps
+
+
 def load_pipeline(config: dict[str, Any]) -> Pipeline:
     """Expand a (schema-validated) config into runs and a figure plan; raise ``ConfigError`` on bad runs."""
     defaults = dict(config.get("defaults") or {})
@@ -191,13 +251,15 @@ def load_pipeline(config: dict[str, Any]) -> Pipeline:
     runs.update(ablation_runs)
     wandb = config.get("wandb") or {}
     compare = config.get("compare") or {}
+    bootstrap = int(compare.get("bootstrap", 1000))
     return Pipeline(
         results_dir=str(config.get("results_dir", "results")),
         figures_dir=str(config.get("figures_dir", "figures")),
         wandb_mode=wandb.get("mode", "offline"),
         wandb_project=wandb.get("project", "dice-repro"),
-        bootstrap=int(compare.get("bootstrap", 1000)),
+        bootstrap=bootstrap,
         max_points=int(compare.get("max_points", 300)),
         runs=runs,
         figures=_figure_plan(config, ablation_runs.values()),
+        applications=expand_applications(config.get("applications") or {}, defaults, bootstrap),
     )

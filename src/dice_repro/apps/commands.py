@@ -1,4 +1,5 @@
-"""Command-line entry points of the application experiments: ``anomaly``, ``collaborators``, ``contribution``.
+"""Command-line entry points of the application experiments: ``anomaly``, ``collaborators``, ``contribution``,
+and ``app-figures``, which draws their figures.
 
 Each reads the base run's settings (JSON or ``@file.json``, like every ``python -m dice_repro`` command),
 repeats the experiment over the requested seeds, writes its tables atomically with the config that
@@ -129,6 +130,22 @@ def contribution_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def app_figures_command(args: argparse.Namespace) -> int:
+    """Draw every application figure whose table exists (PNG and PDF), then log the images in one W&B run."""
+    from dice_repro.apps.figures import make_app_figures
+
+    written = make_app_figures(args.tables_dir, args.out_dir)
+    if not written:
+        raise FileNotFoundError(f"no application table (anomaly_scores.csv, collaborators.csv, ...) in {args.tables_dir}")
+    config = {"job": "app_figures", "tables_dir": str(args.tables_dir), "figures": [p.stem for p in written]}
+    with tracked_run("app_figures", config, "apps", f"app_figures/{args.run_id or 'all'}",
+                     args.wandb_dir, args.wandb_mode) as tracker:
+        for path in written:
+            tracker.image(path.stem, path)
+    print("wrote", ", ".join(str(p) for p in written))
+    return 0
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settings", required=True, help="base run settings as JSON, or @file.json")
     p.add_argument("--data", default=None, help="prepared data set file (default: load from settings)")
@@ -145,7 +162,7 @@ def _harm_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``anomaly``, ``collaborators`` and ``contribution`` sub-commands."""
+    """Add the ``anomaly``, ``collaborators``, ``contribution`` and ``app-figures`` sub-commands."""
     p = sub.add_parser("anomaly", help="malicious-neighbour detection: ROC AUC and precision@1 vs baselines")
     _common_args(p)
     p.add_argument("--corruptions", nargs="+", default=list(DEFAULT_CORRUPTIONS),
@@ -166,6 +183,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _harm_args(p)
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
     p.set_defaults(func=contribution_command)
+
+    p = sub.add_parser("app-figures", help="draw the application figures from their tables (PNG and PDF)")
+    p.add_argument("--tables-dir", required=True, help="folder of anomaly_scores.csv, collaborators.csv, ...")
+    p.add_argument("--out-dir", required=True, help="folder of the figures")
+    cli.add_tracking_args(p)
+    p.set_defaults(func=app_figures_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,8 @@ def plot_contribution(table: pd.DataFrame) -> Figure:
         ax.axhline(0, color="0.6", lw=0.8)
         ax.axvline(0, color="0.6", lw=0.8)
         among_clean = f" (clean nodes {np.mean(clean):.2f})" if rows["bad"].any() else ""
-        ax.set_title(f"{name}\nSpearman {np.mean(rhos):.2f}{among_clean}, {len(rhos)} seeds", fontsize=8)
+        ax.set_title(f"{name}\nSpearman {np.mean(rhos):.2f}{among_clean}, {len(rhos)} seed{'s' * (len(rhos) > 1)}",
+                     fontsize=8)
         ax.set_xlabel("estimated share (red: harmful data)")
         ax.set_ylabel("leave-one-node-out share")
     return fig
