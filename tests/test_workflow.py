@@ -214,6 +214,12 @@ def test_dry_run_plans_three_jobs_per_run(workdir, configfile, monkeypatch):
     assert planned_jobs(workdir, "--configfile", configfile)[0] == expected_jobs(workdir, configfile, monkeypatch)
 
 
+def test_a_fresh_clone_with_committed_figures_still_runs_everything(workdir, monkeypatch):
+    """figures/ is committed for the README; the main job must recompute all the same, not say 'nothing to do'."""
+    shutil.copytree(REPO / "figures", workdir / "figures")
+    assert planned_jobs(workdir)[0] == expected_jobs(workdir, "config/config.yaml", monkeypatch)
+
+
 def test_adding_an_ablation_row_adds_its_jobs(workdir, monkeypatch):
     before, _ = planned_jobs(workdir)
     table = workdir / "config" / "ablations.tsv"
