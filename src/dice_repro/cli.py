@@ -79,10 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "probe_loss_max": float(probe.max())}, step=t)
 
         result = train_run(run, on_round=on_round if tracker.active else None)
-        save_trajectory(run, result, args.out)
-        from dice_repro.trajectory import load_trajectory
-
-        acc = load_trajectory(args.out)["test_accuracy"]
+        acc = save_trajectory(run, result, args.out)
         tracker.summary({"test_accuracy_mean": float(acc.mean()), "seconds": time.perf_counter() - start,
                          "rounds": s.rounds, "parameters": run.fmodel.size})
     print(f"trained {s.rounds} rounds on {s.nodes} nodes; mean test accuracy {float(acc.mean()):.3f} -> {args.out}")

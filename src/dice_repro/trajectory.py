@@ -94,8 +94,9 @@ def test_accuracy(run: Run, theta: torch.Tensor, limit: int = 1000) -> torch.Ten
         return p.accuracy(theta, x, y)
 
 
-def save_trajectory(run: Run, result: TrainResult, path: str | Path) -> None:
-    """Write the trajectory file atomically (loadable with ``weights_only=True``)."""
+def save_trajectory(run: Run, result: TrainResult, path: str | Path) -> torch.Tensor:
+    """Write the trajectory file atomically (loadable with ``weights_only=True``); returns the test accuracy."""
+    accuracy = test_accuracy(run, result.final).cpu()
     atomic_save(
         {
             "settings": run.settings.to_dict(),
@@ -105,10 +106,11 @@ def save_trajectory(run: Run, result: TrainResult, path: str | Path) -> None:
             "final": result.final.cpu(),
             "train_loss": result.train_loss.cpu(),
             "probe_loss": result.probe_loss.cpu(),
-            "test_accuracy": test_accuracy(run, result.final).cpu(),
+            "test_accuracy": accuracy,
         },
         path,
     )
+    return accuracy
 
 
 def load_trajectory(path: str | Path) -> dict[str, Any]:
